@@ -1,0 +1,3 @@
+from roxy_triage.cli import main
+
+main()
