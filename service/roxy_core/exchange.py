@@ -137,22 +137,29 @@ class Exchange:
                 f"body of {length} bytes is over the {limit}-byte limit",
             )
         handler.reader.begin_now(self.config.body_timeout_s)
+        body = bytearray()
         try:
-            body = handler.rfile.read(length)
+            # read1 in a loop rather than read(length), so a timeout still
+            # knows how much of the body had arrived.
+            while len(body) < length:
+                chunk = handler.rfile.read1(length - len(body))
+                if not chunk:
+                    break
+                body += chunk
         except TimeoutError:
             handler.close_connection = True
             ERROR.info(
                 "[%s] Body timeout from %s after %d of %d bytes",
                 self.request_id,
                 self.client,
-                handler.reader.received,
+                len(body),
                 length,
             )
             raise Refused(HTTPStatus.REQUEST_TIMEOUT, "request body timeout") from None
         if len(body) < length:
             handler.close_connection = True
             raise Refused(HTTPStatus.BAD_REQUEST, "body ended before Content-Length")
-        return body
+        return bytes(body)
 
     def _execute(self, name: str, args: str) -> tuple[int, dict[str, Any]]:
         if self.config.fast_path and name in commands.FAST_PATH:

@@ -214,18 +214,18 @@ def serve(server: RoxyServer) -> int:
 
 
 def drain(server: RoxyServer, timeout_s: float) -> int:
-    in_flight = server.counters.snapshot()["in_flight"]
-    ERROR.info(
-        "Stopping: no new connections; draining %d in-flight requests (up to %ss)",
-        in_flight,
-        timeout_s,
-    )
+    """Stop accepting, let in-flight requests finish, then return the exit code."""
     notify_systemd("STOPPING=1")
     server.draining = True
     server.shutdown()
     # Closing the listening socket makes the kernel refuse new connections
     # instead of queueing them behind a server that will not accept them.
     server.socket.close()
+    ERROR.info(
+        "Stopping: no new connections; draining %d in-flight requests (up to %ss)",
+        server.counters.snapshot()["in_flight"],
+        timeout_s,
+    )
     left = server.counters.wait_idle(timeout_s)
     if left:
         ERROR.warning(
