@@ -82,6 +82,9 @@ class Target:
     log_file: str = ""
     # Read journal files from this directory instead of the system journal.
     journal_directory: str = ""
+    # The Docker daemon to ask, e.g. unix:///run/docker.sock; empty uses
+    # DOCKER_HOST or the default socket.
+    docker_host: str = ""
 
     @property
     def host(self) -> str:
@@ -156,7 +159,7 @@ def load_config(path: Path | None, *, url: str | None = None) -> Config:
     if path is not None:
         source = str(path)
         document = _read_toml(path)
-    config = build(Config, document, source, source=source)
+    config = build(Config, document, source, extra={"source": source})
     if url is not None:
         problem = _http_url(url)
         if problem:
@@ -181,7 +184,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
 
 
-def build(cls: type, table: Any, source: str, prefix: str = "", **extra: Any) -> Any:
+def build(
+    cls: type,
+    table: Any,
+    source: str,
+    prefix: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Any:
     """Build dataclass ``cls`` from a TOML table, checking every key."""
     where = f"[{prefix}] " if prefix else ""
     if not isinstance(table, dict):
@@ -205,7 +214,7 @@ def build(cls: type, table: Any, source: str, prefix: str = "", **extra: Any) ->
         problem = validator(values[name]) if validator else None
         if problem:
             raise ConfigError(f"{source}: {label} {problem}, got {value!r}")
-    return cls(**values, **extra)
+    return cls(**values, **(extra or {}))
 
 
 def _coerce(value: Any, kind: Any, source: str, label: str) -> Any:
