@@ -115,6 +115,11 @@ class LoadPlan:
     rate: float = check(_not_negative, 0.0)
     # With a rate, how long each level lasts; 0 sends `requests` arrivals.
     duration_s: float = check(_not_negative, 0.0)
+    # Client processes sharing each level. One event loop keeps up with the
+    # bundled service easily; a fast server under new connections per
+    # request can need one per core before the client stops being the
+    # bottleneck.
+    workers: int = check(_positive, 1)
 
 
 @dataclass(frozen=True)

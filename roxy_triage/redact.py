@@ -46,8 +46,17 @@ def _rule(
     return Rule(name, re.compile(pattern, flags), replacement)
 
 
+# Bare numbers and literals next to a secret's name are counters and flags
+# ("TCPMD5NotFound": 0, "MPJoinNoTokenFound": 3), not secrets; leaving them
+# also keeps JSON valid. A numeric secret of twelve digits or more is still
+# taken out.
+_NOT_A_SECRET = re.compile(r"\d{1,11}|true|false|null|none|yes|no", re.IGNORECASE)
+
+
 def _keep_quotes(match: re.Match[str]) -> str:
     """Replace the value but keep its quotes, so JSON stays JSON."""
+    if match["bare"] and _NOT_A_SECRET.fullmatch(match["bare"]):
+        return match[0]
     if match["quote"]:
         return f"{match['lead']}{match['quote']}{MARK}{match['quote']}"
     return f"{match['lead']}{MARK}"

@@ -156,6 +156,7 @@ def collector(name: str) -> Callable[[Collector], Collector]:
 
 def run_one(name: str, context: CollectContext) -> CollectorRecord:
     """Run one collector to a record; never raises."""
+    _load_collectors()
     record = CollectorRecord(name)
     began = time.monotonic()
     evidence = Evidence(record, context, began + context.config.collect.timeout_s)

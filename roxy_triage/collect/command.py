@@ -83,6 +83,7 @@ class TailFile:
 
     def __post_init__(self) -> None:
         self._half = max(self.cap // 2, 1)
+        self._serial = 0
         self._open_segment()
 
     def write(self, text: str) -> None:
@@ -111,9 +112,8 @@ class TailFile:
         return sum(self._sizes)
 
     def _open_segment(self) -> None:
-        segment = self.target.with_name(
-            f".{self.target.name}.part{len(self._segments)}"
-        )
+        self._serial += 1
+        segment = self.target.with_name(f".{self.target.name}.part{self._serial}")
         self._segments.append(segment)
         self._sizes.append(0)
         self._handle = segment.open("wb")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from typing import Any
 
 from roxy_triage.collect import CollectContext, Evidence, collector
@@ -24,6 +25,9 @@ def connect(base_url: str) -> Any:
             "the docker SDK is not installed (pip install docker)"
         ) from None
     where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if where.startswith("unix://"):
+        _probe_socket(where, where.removeprefix("unix://"))
+    client = None
     try:
         if base_url:
             client = docker.DockerClient(base_url=base_url, timeout=API_TIMEOUT_S)
@@ -31,8 +35,27 @@ def connect(base_url: str) -> Any:
             client = docker.from_env(timeout=API_TIMEOUT_S)
         client.ping()
     except DockerException as err:
+        if client is not None:
+            client.close()
         raise Unavailable(f"no Docker daemon at {where} ({_cause(err)})") from None
     return client
+
+
+def _probe_socket(where: str, path: str) -> None:
+    """Try the daemon's socket ourselves before the SDK does.
+
+    docker-py's unix transport leaks its socket when connect() fails; a
+    plain probe finds a missing or dead daemon without that, and words the
+    reason better.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(API_TIMEOUT_S)
+    try:
+        probe.connect(path)
+    except OSError as err:
+        raise Unavailable(f"no Docker daemon at {where} ({err.strerror})") from None
+    finally:
+        probe.close()
 
 
 def _cause(err: BaseException) -> str:
