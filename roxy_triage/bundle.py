@@ -280,19 +280,23 @@ class Bundle:
         return manifest
 
 
+def _unsafe_kind(info: tarfile.TarInfo) -> str | None:
+    if info.isreg() or info.isdir():
+        return None
+    if info.issym():
+        return "a symbolic link"
+    if info.islnk():
+        return "a hard link"
+    if info.isfifo():
+        return "a FIFO"
+    if info.isdev():
+        return "a device"
+    return "not a regular file"
+
+
 def _checked_member(path: Path, info: tarfile.TarInfo) -> str | None:
     """The member's path inside the bundle, or BundleError if it is unsafe."""
-    kind = (
-        "a symbolic link"
-        if info.issym()
-        else "a hard link"
-        if info.islnk()
-        else "a device"
-        if info.isdev()
-        else None
-        if info.isreg() or info.isdir()
-        else "not a regular file"
-    )
+    kind = _unsafe_kind(info)
     if kind:
         raise BundleError(
             f"{path}: member {info.name!r} is {kind}; refusing to read it"

@@ -16,6 +16,7 @@ from roxy_triage import __version__
 from roxy_triage.bundle import SealedBundle, bundle_name, prepare_destination, seal
 from roxy_triage.collect import ALL, CollectContext, CollectorRecord, run_collectors
 from roxy_triage.config import Config
+from roxy_triage.errors import BundleError
 from roxy_triage.redact import Redactor
 from roxy_triage.staging import Staging
 
@@ -118,21 +119,20 @@ def run_capture(
     staging = Staging(
         prepare_destination(options.out_dir, name), Redactor(config.redact.patterns)
     )
-    with capture_log() as tool_log:
-        target = config.target
-        reach_error = probe(target.host, target.port)
-        if reach_error:
-            log.warning("nothing answers at %s: %s", target.url, reach_error)
-            progress(f"target {target.url}: {reach_error}")
-        context = CollectContext(config, staging)
-        progress(f"collecting evidence around {target.url} ({len(ALL)} collectors)")
-        records = run_collectors(ALL, context, _collector_progress(progress))
-        for record in records:
-            log.info("collector %s: %s %s", record.name, record.status, record.reason)
-        if context.interrupted:
-            progress("interrupted: sealing what was collected")
-        ended = datetime.now(UTC)
-        staging.write_text("capture.log", "\n".join(tool_log.lines) + "\n")
+    try:
+        with capture_log() as tool_log:
+            reach_error = probe(config.target.host, config.target.port)
+            if reach_error:
+                log.warning("nothing answers at %s: %s", config.target.url, reach_error)
+                progress(f"target {config.target.url}: {reach_error}")
+            context = CollectContext(config, staging)
+            records = snapshot(context, progress)
+            ended = datetime.now(UTC)
+            staging.write_text("capture.log", "\n".join(tool_log.lines) + "\n")
+    except BundleError as err:
+        raise BundleError(
+            f"{err.message}; the evidence collected so far is in {staging.root}"
+        ) from None
     manifest = {
         "tool": {"name": "roxy-triage", "version": __version__},
         "host": {"hostname": platform.node(), "kernel": platform.release()},
@@ -142,7 +142,7 @@ def run_capture(
         "duration_s": round((ended - started).total_seconds(), 3),
         "interrupted": context.interrupted,
         "target": {
-            "url": target.url,
+            "url": config.target.url,
             "reachable": not reach_error,
             "error": reach_error,
         },
@@ -160,6 +160,18 @@ def run_capture(
         reach_error,
         context.interrupted,
     )
+
+
+def snapshot(context: CollectContext, progress: Progress) -> list[CollectorRecord]:
+    """Every collector, concurrently, with a line of progress as each ends."""
+    url = context.config.target.url
+    progress(f"collecting evidence around {url} ({len(ALL)} collectors)")
+    records = run_collectors(ALL, context, _collector_progress(progress))
+    for record in records:
+        log.info("collector %s: %s %s", record.name, record.status, record.reason)
+    if context.interrupted:
+        progress("interrupted: sealing what was collected")
+    return records
 
 
 def _collector_progress(progress: Progress) -> Callable[[CollectorRecord], None]:

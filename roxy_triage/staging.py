@@ -44,8 +44,9 @@ class Staging:
 
     def write_text(self, relative: str, text: str) -> Path:
         clean, found = self.redactor.redact(text)
-        target = self._prepare(relative)
-        target.write_text(clean, encoding="utf-8")
+        with self._disk(relative):
+            target = self._prepare(relative)
+            target.write_text(clean, encoding="utf-8")
         self.count_redactions(relative, found)
         return target
 
@@ -57,9 +58,11 @@ class Staging:
     @contextmanager
     def stream(self, relative: str) -> Iterator[RedactingWriter]:
         """A text file written in pieces, redacted a line at a time."""
-        target = self._prepare(relative)
-        with target.open("w", encoding="utf-8") as handle:
-            writer = RedactingWriter(handle, self.redactor.stream())
+        with (
+            self._disk(relative),
+            self._prepare(relative).open("w", encoding="utf-8") as out,
+        ):
+            writer = RedactingWriter(out, self.redactor.stream())
             try:
                 yield writer
             finally:
@@ -72,8 +75,11 @@ class Staging:
             json.dumps(document, sort_keys=True) + "\n" for document in documents
         )
         clean, found = self.redactor.redact(lines)
-        with self._prepare(relative).open("a", encoding="utf-8") as handle:
-            handle.write(clean)
+        with (
+            self._disk(relative),
+            self._prepare(relative).open("a", encoding="utf-8") as out,
+        ):
+            out.write(clean)
         self.count_redactions(relative, found)
 
     def read_text(self, relative: str) -> str:
@@ -84,7 +90,8 @@ class Staging:
 
     def adopt(self, relative: str) -> Path:
         """The path for a file a stage writes itself; it is redacted on sealing."""
-        return self._prepare(relative)
+        with self._disk(relative):
+            return self._prepare(relative)
 
     def redact_in_place(self, relative: str) -> None:
         """Redact a file a stage wrote directly (see ``adopt``)."""
@@ -107,6 +114,16 @@ class Staging:
     def redactions(self) -> dict[str, int]:
         with self._lock:
             return dict(self._redactions)
+
+    @contextmanager
+    def _disk(self, relative: str) -> Iterator[None]:
+        """Turn a failed write into an error that says which file, and why."""
+        try:
+            yield
+        except OSError as err:
+            raise BundleError(
+                f"cannot write {self.path(relative)}: {err.strerror or err}"
+            ) from None
 
     def _prepare(self, relative: str) -> Path:
         target = self.path(relative)
