@@ -74,7 +74,7 @@ DEFAULT_RULES = (
     # scheme://user:password@host
     _rule(
         "url credentials",
-        r"\b([a-z][a-z0-9+.-]*://[^:@/\s\"']+):[^@/\s\"']+@",
+        r"\b([a-z][a-z0-9+.-]*://[^:@/\s\"']*):[^@/\s\"']+@",
         rf"\1:{MARK}@",
     ),
     # ?token=...&api_key=...
@@ -180,9 +180,20 @@ class Redactor:
     @staticmethod
     def _apply(rules: tuple[Rule, ...], text: str) -> tuple[str, int]:
         count = 0
+
+        def replace(rule: Rule, match: re.Match[str]) -> str:
+            nonlocal count
+            replaced = (
+                match.expand(rule.replacement)
+                if isinstance(rule.replacement, str)
+                else rule.replacement(match)
+            )
+            # A rule may decide a match is no secret and give it back as it was.
+            count += replaced != match[0]
+            return replaced
+
         for rule in rules:
-            text, found = rule.pattern.subn(rule.replacement, text)
-            count += found
+            text = rule.pattern.sub(lambda match, rule=rule: replace(rule, match), text)
         return text, count
 
     def stream(self) -> StreamRedactor:

@@ -7,6 +7,7 @@ named in the record's notes.
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import Any
 
@@ -39,7 +40,8 @@ def describe(process: psutil.Process, refused: set[str]) -> dict[str, Any]:
     readers = {
         "ppid": process.ppid,
         "name": process.name,
-        "cmdline": process.cmdline,
+        # One string, so a redaction rule sees "--password x" as it was typed.
+        "cmdline": lambda: shlex.join(process.cmdline()),
         "username": process.username,
         "status": process.status,
         "threads": process.num_threads,
