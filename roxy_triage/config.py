@@ -133,6 +133,46 @@ class Collection:
 
 
 @dataclass(frozen=True)
+class StressPlan:
+    """Which stress checks run, and their parameters where not the defaults."""
+
+    disabled: list[str] = field(default_factory=list)
+    # Per check, parameters to override, e.g. [stress.checks.rapid_fire]
+    # count = 100; checked against the suite when the checks are resolved.
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PingLoadGate:
+    """The reference report's first gate: the ping load at one level."""
+
+    enabled: bool = True
+    level: int = check(_positive, 50)
+    min_success_ratio: float = check(_ratio, 1.0)
+    max_p95_ms: float = check(_positive, 250.0)
+    max_broken_pipes: int = check(_not_negative, 0)
+    max_journal_broken_pipes: int = check(_not_negative, 0)
+
+
+@dataclass(frozen=True)
+class StressGate:
+    """The reference report's second gate: the stress suite and a clean journal."""
+
+    enabled: bool = True
+    max_failed_checks: int = check(_not_negative, 0)
+    max_unexpected_journal_errors: int = check(_not_negative, 0)
+    listeners: int = check(_not_negative, 1)
+
+
+@dataclass(frozen=True)
+class Gates:
+    ping_load: PingLoadGate = field(default_factory=PingLoadGate)
+    full_stress: StressGate = field(default_factory=StressGate)
+    # "gate.criterion" = "why it may fail", e.g. "ping_load.max_p95_ms".
+    waivers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Redaction:
     """Extra regular expressions whose matches never reach the bundle."""
 
@@ -144,6 +184,8 @@ class Config:
     target: Target = field(default_factory=Target)
     load: LoadPlan = field(default_factory=LoadPlan)
     collect: Collection = field(default_factory=Collection)
+    stress: StressPlan = field(default_factory=StressPlan)
+    gates: Gates = field(default_factory=Gates)
     redact: Redaction = field(default_factory=Redaction)
     # Where the config came from, for messages; not a key.
     source: str = field(default="(defaults)", metadata={"internal": True})
@@ -223,6 +265,8 @@ def build(
 
 
 def _coerce(value: Any, kind: Any, source: str, label: str) -> Any:
+    if kind is Any:
+        return value
     origin = typing.get_origin(kind)
     if origin is list:
         (item,) = typing.get_args(kind)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from roxy_triage.capture import CaptureResult
+from roxy_triage.stress import SuiteResult
 
 
 def render_capture_summary(result: CaptureResult) -> str:
@@ -22,4 +23,19 @@ def render_capture_summary(result: CaptureResult) -> str:
         f"Bundle  {result.bundle.path}",
         f"SHA-256 {result.bundle.sha256}",
     ]
+    return "\n".join(lines)
+
+
+def render_stress_table(outcome: SuiteResult) -> str:
+    """One line per check: verdict, name and the evidence behind it."""
+    width = max((len(result.name) for result in outcome.results), default=10)
+    lines = []
+    for result in outcome.results:
+        verdict = "PASS" if result.passed else "FAIL"
+        lines.append(f"{verdict}  {result.name:<{width}}  {result.evidence}")
+    total = len(outcome.results)
+    lines.append("")
+    lines.append(f"{total - len(outcome.failed)}/{total} checks passed")
+    if outcome.interrupted:
+        lines.append("INTERRUPTED: the checks after the last one shown did not run")
     return "\n".join(lines)

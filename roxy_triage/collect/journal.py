@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from roxy_triage.collect import CollectContext, Evidence, collector
-from roxy_triage.collect.command import Unavailable
+from roxy_triage.collect.command import Unavailable, command_environment
+from roxy_triage.config import Target
 
 # A unit's own lines carry _SYSTEMD_UNIT (system manager) or
 # _SYSTEMD_USER_UNIT (user manager); the manager's lines about the unit
@@ -307,88 +309,117 @@ def collect_journal(evidence: Evidence, context: CollectContext) -> None:
         context.since or time.time() - context.config.collect.journal_window_min * 60
     )
     window = {"since": since, "until": time.time()}
-    entries: list[dict[str, Any]] = []
-    source = ""
-    try:
-        entries, source = _from_journal(evidence, context, since)
-    except Unavailable as missing:
-        if not target.log_file:
-            raise Unavailable(f"{missing}, and no log_file is configured") from None
-        evidence.note(f"{missing}; read the service's log file instead")
-    if not entries and target.log_file:
-        if source:
-            evidence.note(
-                f"the journal holds nothing of {target.unit}; read the log file"
-            )
-        entries, source = _from_log_file(evidence, target.log_file, since), "log_file"
+    entries, source, notes = read_entries(target, since, evidence)
+    for note in notes:
+        evidence.note(note)
+    _write_entries(evidence, entries)
     summary = analyse(entries)
     summary.update(source=source, window=window, unit=target.unit)
     evidence.write_json("summary.json", summary)
 
 
+def read_window(target: Target, since: float) -> dict[str, Any]:
+    """Analyse the service's log since ``since``, without writing anything.
+
+    The stress suite uses this to see what one check left in the log.
+    """
+    entries, source, _ = read_entries(target, since)
+    return {**analyse(entries), "source": source}
+
+
+def read_entries(
+    target: Target, since: float, evidence: Evidence | None = None
+) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """The unit's entries since ``since`` from the best source there is.
+
+    Returns the entries, the source used and notes on the fallbacks taken.
+    With ``evidence``, raw journalctl output is kept in the bundle too.
+    """
+    notes: list[str] = []
+    entries: list[dict[str, Any]] = []
+    source = ""
+    try:
+        entries, source = _from_journal(target, since, evidence, notes)
+    except Unavailable as missing:
+        if not target.log_file:
+            raise Unavailable(f"{missing}, and no log_file is configured") from None
+        notes.append(f"{missing}; read the service's log file instead")
+    if not entries and target.log_file:
+        if source:
+            notes.append(
+                f"the journal holds nothing of {target.unit}; read the log file"
+            )
+        entries, source = _from_log_file(target.log_file, since), "log_file"
+    return entries, source, notes
+
+
 def _from_journal(
-    evidence: Evidence, context: CollectContext, since: float
+    target: Target, since: float, evidence: Evidence | None, notes: list[str]
 ) -> tuple[list[dict[str, Any]], str]:
-    target = context.config.target
     try:
         import systemd.journal  # noqa: F401 - optional dependency
     except ImportError:
-        evidence.note(
+        notes.append(
             "systemd-python is not installed (pip install 'roxy-triage[systemd]'); "
             "used journalctl -o json"
         )
-        return _from_journalctl(evidence, context, since), "journalctl"
-    entries = _keep_tail(
-        journal_entries_reader(target.journal_directory, target.unit, since)
-    )
-    _write_entries(evidence, entries)
-    return entries, "journal"
+        return _from_journalctl(target, since, evidence), "journalctl"
+    entries = journal_entries_reader(target.journal_directory, target.unit, since)
+    return _keep_tail(entries), "journal"
 
 
 def _from_journalctl(
-    evidence: Evidence, context: CollectContext, since: float
+    target: Target, since: float, evidence: Evidence | None
 ) -> list[dict[str, Any]]:
-    target = context.config.target
     argv = ["journalctl", "-o", "json", "--no-pager", "--since", f"@{int(since)}"]
     if target.journal_directory:
         argv += ["-D", target.journal_directory]
-    matches: list[str] = []
     for field in UNIT_FIELDS:
-        matches += [f"{field}={target.unit}", "+"]
-    result = evidence.run(argv + matches[:-1], "journalctl.json")
-    raw = context.staging.read_text(result.output)
-    if result.exit_code != 0 and not raw.strip():
-        raise NoJournal(
-            result.stderr.strip().splitlines()[0]
-            if result.stderr.strip()
-            else f"journalctl exited {result.exit_code}"
-        )
-    if "No journal files were found" in result.stderr:
+        argv += [f"{field}={target.unit}", "+"]
+    argv.pop()
+    if evidence is not None:
+        result = evidence.run(argv, "journalctl.json")
+        raw = evidence.context.staging.read_text(result.output)
+        code, stderr = result.exit_code, result.stderr
+    else:
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+                env=command_environment(),
+            )
+        except FileNotFoundError:
+            raise Unavailable(
+                "journalctl is not installed (not found on PATH)"
+            ) from None
+        raw, code, stderr = done.stdout, done.returncode, done.stderr
+    if "No journal files were found" in stderr:
         raise NoJournal("journalctl found no journal files")
-    entries = []
-    for line in raw.splitlines():
-        if line.startswith("{"):
-            entries.append(_normalise(json.loads(line)))
-    entries = _keep_tail(entries)
-    _write_entries(evidence, entries)
-    return entries
+    if code != 0 and not raw.strip():
+        first = stderr.strip().splitlines()[0] if stderr.strip() else ""
+        raise NoJournal(first or f"journalctl exited {code}")
+    entries = (
+        _normalise(json.loads(line))
+        for line in raw.splitlines()
+        if line.startswith("{")
+    )
+    return _keep_tail(entries)
 
 
-def _from_log_file(
-    evidence: Evidence, log_file: str, since: float
-) -> list[dict[str, Any]]:
+def _from_log_file(log_file: str, since: float) -> list[dict[str, Any]]:
     path = Path(log_file)
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:
-            entries = _keep_tail(parse_log_file(handle, since))
+            return _keep_tail(parse_log_file(handle, since))
     except FileNotFoundError:
         raise Unavailable(f"log file {path} does not exist") from None
     except PermissionError:
         raise Unavailable(
             f"log file {path} is not readable (permission denied)"
         ) from None
-    _write_entries(evidence, entries)
-    return entries
 
 
 def _keep_tail(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

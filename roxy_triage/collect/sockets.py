@@ -9,13 +9,14 @@ not the backlog.
 from __future__ import annotations
 
 import re
+import subprocess
 from collections import Counter
 from typing import Any
 
 import psutil
 
 from roxy_triage.collect import CollectContext, Evidence, collector
-from roxy_triage.collect.command import Unavailable
+from roxy_triage.collect.command import Unavailable, command_environment
 
 _USERS = re.compile(r'\("(?P<name>[^"]*)",pid=(?P<pid>\d+),fd=(?P<fd>\d+)\)')
 
@@ -70,6 +71,22 @@ def psutil_listeners(port: int) -> list[dict[str, Any]]:
             {"local": local, "recv_q": None, "backlog": None, "processes": owners}
         )
     return listeners
+
+
+def count_listeners(port: int) -> tuple[list[dict[str, Any]], str]:
+    """Listeners on ``port`` now, from ss or else psutil, and which one said so."""
+    try:
+        done = subprocess.run(
+            ["ss", "-Hltnp", "sport", "=", f":{port}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            env=command_environment(),
+        )
+    except FileNotFoundError:
+        return psutil_listeners(port), "psutil"
+    return parse_listeners(done.stdout), "ss"
 
 
 @collector("sockets")

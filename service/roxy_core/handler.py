@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
 from roxy_core import __version__
-from roxy_core.exchange import Exchange
+from roxy_core.exchange import DISCONNECTS, Exchange
 from roxy_core.telemetry import ACCESS, ERROR
 
 if TYPE_CHECKING:
@@ -145,6 +145,8 @@ class RoxyHandler(BaseHTTPRequestHandler):
             self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
             if not self.raw_requestline:
                 return
+            if config.validate_requests and self._cut_short():
+                return
             if not self.parse_request():
                 return
         except TimeoutError:
@@ -153,6 +155,18 @@ class RoxyHandler(BaseHTTPRequestHandler):
                 self._timed_out("header")
             return
         self._dispatch()
+
+    def _cut_short(self) -> bool:
+        """True when the client closed halfway through its request line."""
+        line = self.raw_requestline
+        if line.endswith(b"\n") or len(line) > MAX_REQUEST_LINE:
+            return False
+        ACCESS.info(
+            "client %s closed after %d bytes of a request line; nothing to answer",
+            self.client_address[0],
+            len(line),
+        )
+        return True
 
     def parse_request(self) -> bool:
         """Parse the request line and headers; answer and return False if bad.
@@ -254,8 +268,22 @@ class RoxyHandler(BaseHTTPRequestHandler):
     def reply(
         self, status: int, message: str, headers: list[tuple[str, str]] | None = None
     ) -> int:
-        """Refuse a request with a JSON error."""
-        return self.write_json(status, {"status": "error", "error": message}, headers)
+        """Refuse a request with a JSON error; a client already gone is logged."""
+        try:
+            return self.write_json(
+                status, {"status": "error", "error": message}, headers
+            )
+        except DISCONNECTS as err:
+            self.close_connection = True
+            if self.server.config.disconnect_logging == "traceback":
+                raise
+            ACCESS.info(
+                "%s: client %s disconnected before its %d answer",
+                type(err).__name__,
+                self.client_address[0],
+                status,
+            )
+            return 0
 
     def write_json(
         self,
