@@ -42,6 +42,8 @@ class Staging:
     def exists(self, relative: str) -> bool:
         return self.path(relative).is_file()
 
+    has = exists
+
     def write_text(self, relative: str, text: str) -> Path:
         clean, found = self.redactor.redact(text)
         with self._disk(relative):

@@ -7,6 +7,7 @@ request gets a clean 4xx or the stock behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -33,6 +34,9 @@ MAX_REQUEST_LINE = 65536
 MAX_HEADER_LINE = 65536
 MAX_HEADERS = 100
 PHRASES = {status.value: status.phrase for status in HTTPStatus}
+# How long, and how much, a refused client's remaining request is drained.
+LINGER_S = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
 
 
 class DeadlineSocketReader(io.RawIOBase):
@@ -136,6 +140,30 @@ class RoxyHandler(BaseHTTPRequestHandler):
         self.reader = DeadlineSocketReader(self.connection)
         self.rfile = io.BufferedReader(self.reader)
         self.wfile = SocketWriter(self.connection)
+        self.linger = False
+
+    def finish(self) -> None:
+        if self.linger:
+            self._linger()
+        super().finish()
+
+    def _linger(self) -> None:
+        """Read and drop what the client still sends after a refusal, briefly.
+
+        A client sending a body we refused (413) is still writing when the
+        answer goes out; closing at once resets the connection and its
+        unread answer with it. Draining for a moment, as nginx's lingering
+        close does, lets the client read why it was refused.
+        """
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            self.reader.begin_now(LINGER_S)
+            drained = 0
+            while drained < LINGER_BYTES:
+                chunk = self.rfile.read1(64 * 1024)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     def handle_one_request(self) -> None:
         config = self.server.config
@@ -302,6 +330,8 @@ class RoxyHandler(BaseHTTPRequestHandler):
         ]
         if self.close_connection:
             fields.append(("Connection", "close"))
+            # A refusal may leave the client mid-body: drain before closing.
+            self.linger = status >= 400 and self.server.config.validate_requests
         elif self.request_version == "HTTP/1.0":
             # An HTTP/1.0 client assumes close unless told otherwise.
             fields.append(("Connection", "keep-alive"))
