@@ -13,7 +13,9 @@ from roxy_triage.bundle import verify as verify_bundle
 from roxy_triage.capture import CaptureOptions, run_capture
 from roxy_triage.config import load_config
 from roxy_triage.errors import EXIT_GATE_FAILED, TargetUnreachable, TriageError
-from roxy_triage.summary import render_capture_summary
+from roxy_triage.load import render_table, run_matrix, with_overrides
+from roxy_triage.stress import run_suite
+from roxy_triage.summary import render_capture_summary, render_stress_table
 
 
 class TriageGroup(click.Group):
@@ -54,6 +56,24 @@ def progress(line: str) -> None:
 @cli.command()
 @config_option
 @click.option("--url", help="Target service, http://HOST:PORT (overrides the config).")
+@json_option
+def stress(config_path: Path | None, url: str | None, as_json: bool) -> None:
+    """Run the stress checks alone; exit 1 if any fails."""
+    config = load_config(config_path, url=url)
+    outcome = run_suite(config, progress)
+    if as_json:
+        click.echo(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        click.echo(render_stress_table(outcome))
+    if outcome.interrupted:
+        raise SystemExit(130)
+    if outcome.failed:
+        raise SystemExit(EXIT_GATE_FAILED)
+
+
+@cli.command()
+@config_option
+@click.option("--url", help="Target service, http://HOST:PORT (overrides the config).")
 @click.option(
     "--out",
     "out_dir",
@@ -63,21 +83,30 @@ def progress(line: str) -> None:
     help="Where the bundle and its .sha256 are written.",
 )
 @click.option("--label", help="Appended to the bundle name, e.g. 'before-fix'.")
-@click.option("--no-load", is_flag=True, help="Take the state alone; send no load.")
+@click.option(
+    "--load/--no-load",
+    "load",
+    default=None,
+    help="--no-load takes the state alone; --load sends load to a target that is "
+    "not on loopback (by default only loopback targets are loaded).",
+)
 @json_option
 def capture(
     config_path: Path | None,
     url: str | None,
     out_dir: Path,
     label: str | None,
-    no_load: bool,
+    load: bool | None,
     as_json: bool,
 ) -> None:
-    """Collect the evidence around the service and seal it into a bundle."""
+    """Collect evidence, load and stress the service, judge gates, seal a bundle.
+
+    Exit codes: 0 every gate holds, 1 a gate failed, 2 usage or config error,
+    3 the target could not be reached, 4 the bundle could not be written,
+    130 interrupted (the bundle still holds what finished).
+    """
     config = load_config(config_path, url=url)
-    options = CaptureOptions(
-        out_dir=out_dir, label=label, load=False if no_load else None
-    )
+    options = CaptureOptions(out_dir=out_dir, label=label, load=load)
     result = run_capture(config, options, progress)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -90,6 +119,8 @@ def capture(
             f"nothing answers at {config.target.url} ({result.reach_error}); "
             f"the bundle holds the state around it: {result.bundle.path}"
         )
+    if result.judgement is not None and not result.judgement.holds:
+        raise SystemExit(EXIT_GATE_FAILED)
 
 
 @cli.command()
@@ -108,6 +139,132 @@ def verify(bundle: Path, as_json: bool) -> None:
             click.echo(f"  {problem}")
     if not outcome.ok:
         raise SystemExit(EXIT_GATE_FAILED)
+
+
+def _levels(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        levels = [int(level) for level in value.split(",") if level.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma list like 1,5,50") from None
+    if not levels or min(levels) < 1:
+        raise click.BadParameter(f"{value!r}: levels must be 1 or more")
+    return levels
+
+
+def _headers(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, str] | None:
+    if not value:
+        return None
+    headers = {}
+    for header in value:
+        name, colon, content = header.partition(":")
+        if not colon or not name.strip():
+            raise click.BadParameter(f"{header!r} is not 'Name: value'")
+        headers[name.strip()] = content.strip()
+    return headers
+
+
+@cli.command()
+@click.argument("url")
+@click.option(
+    "-c",
+    "--concurrency",
+    "levels",
+    callback=_levels,
+    help="Concurrency levels, a comma list: -c 1,5,50 (default from config).",
+)
+@click.option(
+    "-n", "--requests", type=click.IntRange(min=1), help="Requests per level."
+)
+@click.option(
+    "-m", "--method", help="HTTP method; GET, HEAD, DELETE send no default body."
+)
+@click.option("-d", "--data", "body", help="Request body.")
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    callback=_headers,
+    help="'Name: value', repeatable.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Client timeout per request, connect and response, in seconds.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Open loop: requests per second, latency from the intended send time.",
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Open loop: seconds per level (with --rate).",
+)
+@click.option(
+    "--keep-alive/--new-connections",
+    "keep_alive",
+    default=None,
+    help="Reuse connections, or open one per request (the default).",
+)
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Client processes sharing each level (default 1).",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow load on a target that is not on loopback.",
+)
+@click.option(
+    "--out",
+    "records_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write every request's raw record there, as JSON lines.",
+)
+@config_option
+@json_option
+@click.pass_context
+def load(
+    ctx: click.Context,
+    url: str,
+    config_path: Path | None,
+    as_json: bool,
+    records_path: Path | None,
+    allow_remote: bool,
+    **options: Any,
+) -> None:
+    """Load URL at each concurrency level and print the matrix.
+
+    A new connection per request by default, as the original incident's
+    clients did; only loopback targets unless --allow-remote.
+    """
+    plan = with_overrides(load_config(config_path).load, **options)
+    result = run_matrix(
+        plan,
+        url,
+        records_path,
+        progress=lambda line: click.echo(line, err=True),
+        allow_remote=allow_remote,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(render_table(result), nl=False)
+    if result.interrupted:
+        click.echo("Interrupted.", err=True)
+        ctx.exit(130)
 
 
 def main() -> None:
