@@ -1,33 +1,58 @@
-"""The capture: runs the stages in order over one staging directory, then seals it."""
+"""The capture: runs the stages in order over one staging directory, then seals it.
+
+snapshot -> load matrix -> stress suite -> snapshot after -> gates -> seal.
+Each stage writes its evidence through the staging API; a stage that cannot
+run (no load asked for, target unreachable, Ctrl-C) is recorded with its
+reason, and what was collected before it is always sealed.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import platform
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from roxy_triage import __version__
 from roxy_triage.bundle import SealedBundle, bundle_name, prepare_destination, seal
 from roxy_triage.collect import ALL, CollectContext, CollectorRecord, run_collectors
+from roxy_triage.collect.command import Unavailable
+from roxy_triage.collect.journal import read_window
 from roxy_triage.config import Config
-from roxy_triage.errors import BundleError
+from roxy_triage.errors import BundleError, TargetUnreachable
+from roxy_triage.gates import (
+    LOAD_JOURNAL,
+    LOAD_SUMMARY,
+    STRESS_RESULTS,
+    Judgement,
+    check_waivers,
+    judge,
+)
+from roxy_triage.load import MatrixResult, run_matrix
 from roxy_triage.redact import Redactor
 from roxy_triage.staging import Staging
+from roxy_triage.stress import SuiteResult, resolve, run_suite
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+RECORDS = "load/records.jsonl"
+GATES = "gates.json"
+# What changes under load and is read again afterwards.
+AFTER = ["sockets", "host", "journal"]
 
 
 @dataclass
 class CaptureOptions:
-    out_dir: Path = Path()
+    out_dir: Path = field(default_factory=Path)
     label: str | None = None
     # None: load loopback targets only; True: load any; False: state only.
     load: bool | None = None
@@ -44,18 +69,22 @@ class CaptureResult:
     reachable: bool
     reach_error: str = ""
     interrupted: bool = False
-    notes: list[str] = field(default_factory=list)
+    skipped: str = ""
+    matrix: MatrixResult | None = None
+    suite: SuiteResult | None = None
+    judgement: Judgement | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": str(self.bundle.path),
             "sha256": self.bundle.sha256,
             "size": self.bundle.size,
-            "started_at": _iso(self.started_at),
-            "ended_at": _iso(self.ended_at),
+            "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
             "target_reachable": self.reachable,
             "target_error": self.reach_error,
             "interrupted": self.interrupted,
+            "load_skipped": self.skipped,
             "collectors": [
                 {
                     "name": r.name,
@@ -65,11 +94,13 @@ class CaptureResult:
                 }
                 for r in self.collectors
             ],
-            "notes": self.notes,
+            "load": self.matrix.to_dict() if self.matrix else None,
+            "stress": self.suite.to_dict() if self.suite else None,
+            "gates": self.judgement.to_dict() if self.judgement else None,
         }
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -80,6 +111,17 @@ def probe(host: str, port: int, timeout_s: float = 2.0) -> str:
             return ""
     except OSError as err:
         return err.strerror or type(err).__name__
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is on this machine's loopback."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        return False
+    return bool(addresses) and all(
+        ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses
+    )
 
 
 class CaptureLog(logging.Handler):
@@ -110,75 +152,184 @@ def capture_log() -> Iterator[CaptureLog]:
         package.setLevel(previous)
 
 
-def run_capture(
-    config: Config, options: CaptureOptions, progress: Progress
-) -> CaptureResult:
-    """Collect, (load, stress, judge,) and seal one bundle."""
-    started = datetime.now(UTC)
-    name = bundle_name(started, options.label)
-    staging = Staging(
-        prepare_destination(options.out_dir, name), Redactor(config.redact.patterns)
-    )
-    try:
-        with capture_log() as tool_log:
-            reach_error = probe(config.target.host, config.target.port)
-            if reach_error:
-                log.warning("nothing answers at %s: %s", config.target.url, reach_error)
-                progress(f"target {config.target.url}: {reach_error}")
-            context = CollectContext(config, staging)
-            records = snapshot(context, progress)
-            ended = datetime.now(UTC)
-            staging.write_text("capture.log", "\n".join(tool_log.lines) + "\n")
-    except BundleError as err:
-        raise BundleError(
-            f"{err.message}; the evidence collected so far is in {staging.root}"
-        ) from None
-    manifest = {
-        "tool": {"name": "roxy-triage", "version": __version__},
-        "host": {"hostname": platform.node(), "kernel": platform.release()},
-        "label": options.label or "",
-        "started_at": _iso(started),
-        "ended_at": _iso(ended),
-        "duration_s": round((ended - started).total_seconds(), 3),
-        "interrupted": context.interrupted,
-        "target": {
-            "url": config.target.url,
-            "reachable": not reach_error,
-            "error": reach_error,
-        },
-        "config": config.to_dict(),
-        "collectors": [record.to_dict() for record in records],
-    }
-    progress("sealing the bundle")
-    sealed = seal(staging, manifest, options.out_dir, name)
-    return CaptureResult(
-        sealed,
-        started,
-        ended,
-        records,
-        not reach_error,
-        reach_error,
-        context.interrupted,
-    )
+class Capture:
+    """One capture's stages over one staging directory."""
 
+    def __init__(self, config: Config, options: CaptureOptions, progress: Progress):
+        self.config = config
+        self.options = options
+        self.progress = progress
+        self.started = datetime.now(UTC)
+        self.name = bundle_name(self.started, options.label)
+        self.staging = Staging(
+            prepare_destination(options.out_dir, self.name),
+            Redactor(config.redact.patterns),
+        )
+        self.context = CollectContext(config, self.staging)
+        self.reach_error = ""
+        self.skipped = ""
+        self.records: list[CollectorRecord] = []
+        self.matrix: MatrixResult | None = None
+        self.suite: SuiteResult | None = None
+        self.judgement: Judgement | None = None
 
-def snapshot(context: CollectContext, progress: Progress) -> list[CollectorRecord]:
-    """Every collector, concurrently, with a line of progress as each ends."""
-    url = context.config.target.url
-    progress(f"collecting evidence around {url} ({len(ALL)} collectors)")
-    records = run_collectors(ALL, context, _collector_progress(progress))
-    for record in records:
-        log.info("collector %s: %s %s", record.name, record.status, record.reason)
-    if context.interrupted:
-        progress("interrupted: sealing what was collected")
-    return records
+    @property
+    def interrupted(self) -> bool:
+        return self.context.interrupted
 
+    def run(self) -> CaptureResult:
+        try:
+            with capture_log() as tool_log:
+                self._stages()
+                ended = datetime.now(UTC)
+                self.staging.write_text("capture.log", "\n".join(tool_log.lines) + "\n")
+        except BundleError as err:
+            kept = self.staging.root
+            raise BundleError(
+                f"{err.message}; the evidence collected so far is in {kept}"
+            ) from None
+        self.progress("sealing the bundle")
+        sealed = seal(
+            self.staging, self._manifest(ended), self.options.out_dir, self.name
+        )
+        return CaptureResult(
+            sealed,
+            self.started,
+            ended,
+            self.records,
+            not self.reach_error,
+            self.reach_error,
+            self.interrupted,
+            self.skipped,
+            self.matrix,
+            self.suite,
+            self.judgement,
+        )
 
-def _collector_progress(progress: Progress) -> Callable[[CollectorRecord], None]:
-    def report(record: CollectorRecord) -> None:
+    def _stages(self) -> None:
+        target = self.config.target
+        self.reach_error = probe(target.host, target.port)
+        if self.reach_error:
+            log.warning("nothing answers at %s: %s", target.url, self.reach_error)
+            self.progress(f"target {target.url}: {self.reach_error}")
+        self.records = self._snapshot()
+        self.skipped = self._why_no_load()
+        if self.skipped:
+            log.info("no load: %s", self.skipped)
+            self.progress(f"no load: {self.skipped}")
+            return
+        try:
+            self._load()
+            if not self.interrupted:
+                self._stress()
+            if not self.interrupted:
+                self._after()
+        except KeyboardInterrupt:
+            self.context.interrupted = True
+            self.progress("interrupted: sealing what was collected")
+        self.judgement = judge(self.config, self.staging)
+        self.staging.write_json(GATES, self.judgement.to_dict())
+
+    def _snapshot(self) -> list[CollectorRecord]:
+        url = self.config.target.url
+        self.progress(f"collecting evidence around {url} ({len(ALL)} collectors)")
+        records = run_collectors(ALL, self.context, self._collector_progress)
+        for record in records:
+            log.info("collector %s: %s %s", record.name, record.status, record.reason)
+        if self.interrupted:
+            self.progress("interrupted: sealing what was collected")
+        return records
+
+    def _why_no_load(self) -> str:
+        if self.interrupted:
+            return "interrupted during the snapshot"
+        if self.options.load is False:
+            return "state only (--no-load)"
+        if self.reach_error:
+            return f"the target does not answer ({self.reach_error})"
+        if self.options.load is None and not is_loopback(self.config.target.host):
+            return (
+                f"{self.config.target.host} is not on loopback; load is traffic, "
+                "pass --load to send it anyway"
+            )
+        return ""
+
+    def _load(self) -> None:
+        began = time.time()
+        try:
+            self.matrix = run_matrix(
+                self.config.load,
+                urljoin(self.config.target.url, self.config.load.path),
+                self.staging.adopt(RECORDS),
+                progress=self.progress,
+                allow_remote=self.options.load is True,
+            )
+        except TargetUnreachable as err:
+            self.progress(f"load: {err.message}")
+            log.warning("load: %s", err.message)
+        self.staging.redact_in_place(RECORDS)
+        if self.matrix is not None:
+            summary = {**self.matrix.to_dict(), "records_path": RECORDS}
+            self.staging.write_json(LOAD_SUMMARY, summary)
+            self.context.interrupted |= self.matrix.interrupted
+        self.staging.write_json(LOAD_JOURNAL, self._log_window(began))
+
+    def _log_window(self, since: float) -> dict[str, Any]:
+        """What the service logged since ``since``, or why that cannot be known."""
+        try:
+            window = read_window(self.config.target, since)
+        except Unavailable as missing:
+            return {"unavailable": str(missing)}
+        return {**window, "since": since, "until": time.time()}
+
+    def _stress(self) -> None:
+        self.suite = run_suite(self.config, self.progress)
+        self.staging.write_json(STRESS_RESULTS, self.suite.to_dict())
+        self.context.interrupted |= self.suite.interrupted
+
+    def _after(self) -> None:
+        self.progress("collecting again after the load: " + ", ".join(AFTER))
+        context = CollectContext(
+            self.config, self.staging, phase="after", since=self.started.timestamp()
+        )
+        self.records += run_collectors(AFTER, context, self._collector_progress)
+        self.context.interrupted |= context.interrupted
+
+    def _collector_progress(self, record: CollectorRecord) -> None:
         reason = f"  {record.reason}" if record.reason else ""
-        progress(
+        self.progress(
             f"  {record.name:<9} {record.status:<11} {record.duration_s:5.2f} s{reason}"
         )
 
-    return report
+    def _manifest(self, ended: datetime) -> dict[str, Any]:
+        return {
+            "tool": {"name": "roxy-triage", "version": __version__},
+            "host": {"hostname": platform.node(), "kernel": platform.release()},
+            "label": self.options.label or "",
+            "started_at": iso(self.started),
+            "ended_at": iso(ended),
+            "duration_s": round((ended - self.started).total_seconds(), 3),
+            "interrupted": self.interrupted,
+            "target": {
+                "url": self.config.target.url,
+                "reachable": not self.reach_error,
+                "error": self.reach_error,
+            },
+            "stages": {
+                "load": "skipped: " + self.skipped if self.skipped else "ran",
+                "gates": GATES if self.judgement else None,
+            },
+            "config": self.config.to_dict(),
+            "collectors": [record.to_dict() for record in self.records],
+        }
+
+
+def run_capture(
+    config: Config, options: CaptureOptions, progress: Progress
+) -> CaptureResult:
+    """Collect, load, stress, judge and seal one bundle."""
+    # Config mistakes in the later stages are found before any evidence is
+    # taken, not after a minute of load.
+    resolve(config)
+    check_waivers(config)
+    return Capture(config, options, progress).run()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from roxy_triage.capture import CaptureResult
+from roxy_triage.gates import Judgement
+from roxy_triage.load import render_table
 from roxy_triage.stress import SuiteResult
 
 
@@ -18,11 +20,39 @@ def render_capture_summary(result: CaptureResult) -> str:
         lines.append(
             f"  {record.name:<{width}}  {record.status:<11}  {detail}".rstrip()
         )
+    if result.skipped:
+        lines += ["", f"No load: {result.skipped}"]
+    if result.matrix is not None:
+        lines += ["", render_table(result.matrix)]
+    if result.suite is not None:
+        failed = [check.name for check in result.suite.failed]
+        total = len(result.suite.results)
+        lines += [
+            "",
+            f"Stress: {total - len(failed)}/{total} checks passed"
+            + (f"; failed: {', '.join(failed)}" if failed else ""),
+        ]
+    if result.judgement is not None:
+        lines += ["", render_gates(result.judgement)]
     lines += [
         "",
         f"Bundle  {result.bundle.path}",
         f"SHA-256 {result.bundle.sha256}",
     ]
+    return "\n".join(lines)
+
+
+def render_gates(judgement: Judgement) -> str:
+    """Each gate's verdict, and each criterion's measured value beside its threshold."""
+    lines = []
+    for gate in judgement.gates:
+        lines.append(f"Gate {gate.title}: {gate.verdict.upper()}")
+        for criterion in gate.criteria:
+            waived = f"  (waived: {criterion.waiver})" if criterion.waiver else ""
+            lines.append(
+                f"  {criterion.verdict:<4}  {criterion.label:<40} {criterion.shown}"
+                f"  [{criterion.threshold}]{waived}"
+            )
     return "\n".join(lines)
 
 
