@@ -124,6 +124,18 @@ def is_loopback(host: str) -> bool:
     )
 
 
+def why_no_load(asked: bool | None, reach_error: str, host: str) -> str:
+    """Why the capture must not load the target, or empty when it may."""
+    if asked is False:
+        return "state only (--no-load)"
+    if reach_error:
+        return f"the target does not answer ({reach_error})"
+    if asked is None and not is_loopback(host):
+        # Load is traffic, and traffic can deepen an incident on a shared host.
+        return f"{host} is not on loopback; pass --load to send load to it anyway"
+    return ""
+
+
 class CaptureLog(logging.Handler):
     """The tool's own log lines during a capture, kept for the bundle."""
 
@@ -243,16 +255,7 @@ class Capture:
     def _why_no_load(self) -> str:
         if self.interrupted:
             return "interrupted during the snapshot"
-        if self.options.load is False:
-            return "state only (--no-load)"
-        if self.reach_error:
-            return f"the target does not answer ({self.reach_error})"
-        if self.options.load is None and not is_loopback(self.config.target.host):
-            return (
-                f"{self.config.target.host} is not on loopback; load is traffic, "
-                "pass --load to send it anyway"
-            )
-        return ""
+        return why_no_load(self.options.load, self.reach_error, self.config.target.host)
 
     def _load(self) -> None:
         began = time.time()

@@ -87,6 +87,10 @@ class HandlerPool:
     here rather than in the kernel's accept queue.
     """
 
+    # Threads started before the first connection, so a burst of new clients
+    # right after start-up does not wait for threads to be born.
+    PRESTART = 32
+
     def __init__(self, limit: int, work: Callable[[Any, Any], None]) -> None:
         self._limit = limit
         self._work = work
@@ -95,18 +99,25 @@ class HandlerPool:
         self._threads = 0
         # Idle threads minus connections not yet picked up.
         self._spare = 0
+        for _ in range(min(limit, self.PRESTART)):
+            with self._lock:
+                self._spare += 1
+            self._start_thread()
 
     def submit(self, request: Any, client_address: Any) -> None:
         with self._lock:
             grow = self._spare <= 0 and self._threads < self._limit
-            if grow:
-                self._threads += 1
-            else:
+            if not grow:
                 self._spare -= 1
         self._queue.put((request, client_address))
         if grow:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            self._threads += 1
             name = f"handler-{self._threads}"
-            threading.Thread(target=self._serve, name=name, daemon=True).start()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def _serve(self) -> None:
         while True:
