@@ -22,13 +22,22 @@ from typing import Any
 from urllib.parse import urljoin
 
 from roxy_triage import __version__
-from roxy_triage.bundle import SealedBundle, bundle_name, prepare_destination, seal
+from roxy_triage.bundle import (
+    Bundle,
+    SealedBundle,
+    bundle_name,
+    file_table,
+    prepare_destination,
+    seal,
+)
 from roxy_triage.collect import ALL, CollectContext, CollectorRecord, run_collectors
 from roxy_triage.collect.command import Unavailable
 from roxy_triage.collect.journal import read_window
 from roxy_triage.config import Config
 from roxy_triage.errors import BundleError, TargetUnreachable
+from roxy_triage.findings import Finding, find
 from roxy_triage.gates import (
+    GATES_FILE,
     LOAD_JOURNAL,
     LOAD_SUMMARY,
     STRESS_RESULTS,
@@ -38,6 +47,7 @@ from roxy_triage.gates import (
 )
 from roxy_triage.load import MatrixResult, run_matrix
 from roxy_triage.redact import Redactor
+from roxy_triage.report import Rendered, model_of, render, write_report
 from roxy_triage.staging import Staging
 from roxy_triage.stress import SuiteResult, resolve, run_suite
 
@@ -45,7 +55,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 RECORDS = "load/records.jsonl"
-GATES = "gates.json"
+FINDINGS = "findings.json"
+REPORT = "report.md"
+PICTURE = "latency.svg"
 # What changes under load and is read again afterwards.
 AFTER = ["sockets", "host", "journal"]
 
@@ -56,6 +68,8 @@ class CaptureOptions:
     label: str | None = None
     # None: load loopback targets only; True: load any; False: state only.
     load: bool | None = None
+    # A bundle from before a fix, for the before/after section of the report.
+    baseline: Bundle | None = None
 
 
 @dataclass
@@ -70,6 +84,8 @@ class CaptureResult:
     reach_error: str = ""
     interrupted: bool = False
     skipped: str = ""
+    report: Path | None = None
+    findings: list[Finding] = field(default_factory=list)
     matrix: MatrixResult | None = None
     suite: SuiteResult | None = None
     judgement: Judgement | None = None
@@ -97,6 +113,8 @@ class CaptureResult:
             "load": self.matrix.to_dict() if self.matrix else None,
             "stress": self.suite.to_dict() if self.suite else None,
             "gates": self.judgement.to_dict() if self.judgement else None,
+            "findings": [finding.to_dict() for finding in self.findings],
+            "report": str(self.report) if self.report else None,
         }
 
 
@@ -195,15 +213,16 @@ class Capture:
                 self._stages()
                 ended = datetime.now(UTC)
                 self.staging.write_text("capture.log", "\n".join(tool_log.lines) + "\n")
+            manifest = self._manifest(ended)
+            self.rendered = self._report(manifest)
         except BundleError as err:
             kept = self.staging.root
             raise BundleError(
                 f"{err.message}; the evidence collected so far is in {kept}"
             ) from None
         self.progress("sealing the bundle")
-        sealed = seal(
-            self.staging, self._manifest(ended), self.options.out_dir, self.name
-        )
+        sealed = seal(self.staging, manifest, self.options.out_dir, self.name)
+        self.report_path = self._report_beside(sealed)
         return CaptureResult(
             sealed,
             self.started,
@@ -213,6 +232,8 @@ class Capture:
             self.reach_error,
             self.interrupted,
             self.skipped,
+            self.report_path,
+            self.findings,
             self.matrix,
             self.suite,
             self.judgement,
@@ -240,7 +261,7 @@ class Capture:
             self.context.interrupted = True
             self.progress("interrupted: sealing what was collected")
         self.judgement = judge(self.config, self.staging)
-        self.staging.write_json(GATES, self.judgement.to_dict())
+        self.staging.write_json(GATES_FILE, self.judgement.to_dict())
 
     def _snapshot(self) -> list[CollectorRecord]:
         url = self.config.target.url
@@ -304,6 +325,31 @@ class Capture:
             f"  {record.name:<9} {record.status:<11} {record.duration_s:5.2f} s{reason}"
         )
 
+    def _report(self, manifest: dict[str, Any]) -> Rendered:
+        """Findings and the report, written into the bundle before it is sealed."""
+        found = find(self.staging)
+        self.staging.write_json(FINDINGS, [finding.to_dict() for finding in found])
+        baseline = None
+        if self.options.baseline is not None:
+            baseline = model_of(self.options.baseline)
+        files = [
+            f for f in file_table(self.staging) if f["path"] not in (REPORT, PICTURE)
+        ]
+        rendered = render(self.staging, manifest, files, baseline, PICTURE, found)
+        if rendered.svg:
+            self.staging.write_text(PICTURE, rendered.svg)
+        self.staging.write_text(REPORT, rendered.markdown)
+        self.findings = found
+        return rendered
+
+    def _report_beside(self, sealed: SealedBundle) -> Path:
+        """The same report next to the archive, its picture beside it too."""
+        markdown = self.rendered.markdown.replace(
+            f"]({PICTURE})", f"]({self.name}.svg)"
+        )
+        beside = Rendered(markdown, self.rendered.svg, self.rendered.model)
+        return write_report(sealed.path.parent, self.name, beside)
+
     def _manifest(self, ended: datetime) -> dict[str, Any]:
         return {
             "tool": {"name": "roxy-triage", "version": __version__},
@@ -320,7 +366,7 @@ class Capture:
             },
             "stages": {
                 "load": "skipped: " + self.skipped if self.skipped else "ran",
-                "gates": GATES if self.judgement else None,
+                "gates": GATES_FILE if self.judgement else None,
             },
             "config": self.config.to_dict(),
             "collectors": [record.to_dict() for record in self.records],

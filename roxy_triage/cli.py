@@ -9,11 +9,13 @@ from typing import Any
 import click
 
 from roxy_triage import __version__
+from roxy_triage.bundle import Bundle
 from roxy_triage.bundle import verify as verify_bundle
 from roxy_triage.capture import CaptureOptions, run_capture
 from roxy_triage.config import load_config
 from roxy_triage.errors import EXIT_GATE_FAILED, TargetUnreachable, TriageError
 from roxy_triage.load import render_table, run_matrix, with_overrides
+from roxy_triage.report import render_bundle, write_report
 from roxy_triage.stress import run_suite
 from roxy_triage.summary import render_capture_summary, render_stress_table
 
@@ -84,6 +86,11 @@ def stress(config_path: Path | None, url: str | None, as_json: bool) -> None:
 )
 @click.option("--label", help="Appended to the bundle name, e.g. 'before-fix'.")
 @click.option(
+    "--baseline",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A bundle from before a fix: the report gets a before/after section.",
+)
+@click.option(
     "--load/--no-load",
     "load",
     default=None,
@@ -96,6 +103,7 @@ def capture(
     url: str | None,
     out_dir: Path,
     label: str | None,
+    baseline: Path | None,
     load: bool | None,
     as_json: bool,
 ) -> None:
@@ -106,7 +114,12 @@ def capture(
     130 interrupted (the bundle still holds what finished).
     """
     config = load_config(config_path, url=url)
-    options = CaptureOptions(out_dir=out_dir, label=label, load=load)
+    options = CaptureOptions(
+        out_dir=out_dir,
+        label=label,
+        load=load,
+        baseline=Bundle.open(baseline) if baseline else None,
+    )
     result = run_capture(config, options, progress)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -121,6 +134,46 @@ def capture(
         )
     if result.judgement is not None and not result.judgement.holds:
         raise SystemExit(EXIT_GATE_FAILED)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A bundle from before a fix, for a before/after section.",
+)
+@click.option(
+    "--format",
+    "shape",
+    type=click.Choice(["markdown", "json"]),
+    default="markdown",
+    show_default=True,
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Also write <bundle>.md and its latency picture into this directory.",
+)
+def report(
+    bundle: Path, baseline: Path | None, shape: str, out_dir: Path | None
+) -> None:
+    """Render the report of a bundle on stdout, optionally against a baseline."""
+    opened = Bundle.open(bundle)
+    name = opened.root
+    rendered = render_bundle(
+        opened,
+        Bundle.open(baseline) if baseline else None,
+        f"{name}.svg" if out_dir else None,
+    )
+    if shape == "json":
+        click.echo(json.dumps(rendered.model, indent=2, default=str))
+    else:
+        click.echo(rendered.markdown, nl=False)
+    if out_dir is not None:
+        written = write_report(out_dir, name, rendered)
+        progress(f"report written to {written}")
 
 
 @cli.command()

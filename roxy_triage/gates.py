@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from roxy_triage.config import Config
 from roxy_triage.errors import ConfigError
 
+GATES_FILE = "gates.json"
 LOAD_SUMMARY = "load/summary.json"
 LOAD_JOURNAL = "load/journal.json"
 STRESS_RESULTS = "stress/results.json"

@@ -42,6 +42,7 @@ class CollectorRecord:
     name: str
     status: str = "ok"
     reason: str = ""
+    phase: str = "before"
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     duration_s: float = 0.0
@@ -50,6 +51,7 @@ class CollectorRecord:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "phase": self.phase,
             "status": self.status,
             "reason": self.reason,
             "notes": self.notes,
@@ -157,7 +159,7 @@ def collector(name: str) -> Callable[[Collector], Collector]:
 def run_one(name: str, context: CollectContext) -> CollectorRecord:
     """Run one collector to a record; never raises."""
     _load_collectors()
-    record = CollectorRecord(name)
+    record = CollectorRecord(name, phase=context.phase)
     began = time.monotonic()
     evidence = Evidence(record, context, began + context.config.collect.timeout_s)
     try:
@@ -225,6 +227,7 @@ def run_collectors(
                     name,
                     status="failed" if context.interrupted else "timed_out",
                     reason=reason,
+                    phase=context.phase,
                 )
         return [records[name] for name in names]
 
