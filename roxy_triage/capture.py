@@ -265,8 +265,9 @@ class Capture:
 
     def _snapshot(self) -> list[CollectorRecord]:
         url = self.config.target.url
-        self.progress(f"collecting evidence around {url} ({len(ALL)} collectors)")
-        records = run_collectors(ALL, self.context, self._collector_progress)
+        names = [name for name in ALL if name not in self.config.collect.disabled]
+        self.progress(f"collecting evidence around {url} ({len(names)} collectors)")
+        records = run_collectors(names, self.context, self._collector_progress)
         for record in records:
             log.info("collector %s: %s %s", record.name, record.status, record.reason)
         if self.interrupted:
@@ -312,11 +313,12 @@ class Capture:
         self.context.interrupted |= self.suite.interrupted
 
     def _after(self) -> None:
-        self.progress("collecting again after the load: " + ", ".join(AFTER))
+        names = [name for name in AFTER if name not in self.config.collect.disabled]
+        self.progress("collecting again after the load: " + ", ".join(names))
         context = CollectContext(
             self.config, self.staging, phase="after", since=self.started.timestamp()
         )
-        self.records += run_collectors(AFTER, context, self._collector_progress)
+        self.records += run_collectors(names, context, self._collector_progress)
         self.context.interrupted |= context.interrupted
 
     def _collector_progress(self, record: CollectorRecord) -> None:

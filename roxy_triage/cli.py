@@ -13,11 +13,16 @@ from roxy_triage.bundle import Bundle
 from roxy_triage.bundle import verify as verify_bundle
 from roxy_triage.capture import CaptureOptions, run_capture
 from roxy_triage.config import load_config
+from roxy_triage.demo import run_demo
 from roxy_triage.errors import EXIT_GATE_FAILED, TargetUnreachable, TriageError
 from roxy_triage.load import render_table, run_matrix, with_overrides
 from roxy_triage.report import render_bundle, write_report
 from roxy_triage.stress import run_suite
-from roxy_triage.summary import render_capture_summary, render_stress_table
+from roxy_triage.summary import (
+    render_capture_summary,
+    render_demo_summary,
+    render_stress_table,
+)
 
 
 class TriageGroup(click.Group):
@@ -318,6 +323,31 @@ def load(
     if result.interrupted:
         click.echo("Interrupted.", err=True)
         ctx.exit(130)
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(),
+    show_default="current directory",
+    help="Where both bundles and their reports are written.",
+)
+@json_option
+def demo(out_dir: Path, as_json: bool) -> None:
+    """Capture the bundled roxy-core before and after its fix, on loopback.
+
+    Needs no config, systemd or Docker. Exit 0 when the legacy profile fails
+    its gates and the patched one passes them, as the story goes.
+    """
+    result = run_demo(out_dir, progress)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(render_demo_summary(result))
+    if not result.story_holds:
+        raise SystemExit(EXIT_GATE_FAILED)
 
 
 def main() -> None:

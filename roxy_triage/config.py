@@ -42,6 +42,23 @@ def _levels(value: list[int]) -> str | None:
     return None
 
 
+def _collectors(value: list[str]) -> str | None:
+    known = (
+        "sockets",
+        "lsof",
+        "process",
+        "systemd",
+        "journal",
+        "docker",
+        "host",
+        "versions",
+    )
+    unknown = [name for name in value if name not in known]
+    if unknown:
+        return f"names no collector {unknown[0]!r} (choose from {', '.join(known)})"
+    return None
+
+
 def _scope(value: str) -> str | None:
     return None if value in ("user", "system") else "must be 'user' or 'system'"
 
@@ -130,6 +147,9 @@ class Collection:
     journal_window_min: float = check(_positive, 10.0)
     max_output_bytes: int = check(_positive, 8 * 1024 * 1024)
     docker_log_lines: int = check(_positive, 50)
+    # Collectors to leave out, e.g. ["docker"] on a host whose containers
+    # have nothing to do with the service.
+    disabled: list[str] = check(_collectors, default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from roxy_triage.capture import CaptureResult
+from roxy_triage.demo import DemoResult
 from roxy_triage.gates import Judgement
 from roxy_triage.load import render_table
 from roxy_triage.stress import SuiteResult
@@ -68,4 +69,35 @@ def render_stress_table(outcome: SuiteResult) -> str:
     lines.append(f"{total - len(outcome.failed)}/{total} checks passed")
     if outcome.interrupted:
         lines.append("INTERRUPTED: the checks after the last one shown did not run")
+    return "\n".join(lines)
+
+
+def render_demo_summary(result: DemoResult) -> str:
+    """Where the two bundles and the before/after report are, and the verdicts."""
+    lines = []
+    for name, capture in (("legacy", result.legacy), ("patched", result.patched)):
+        judgement = capture.judgement
+        verdicts = (
+            ", ".join(
+                f"{gate.title} {gate.verdict.upper()}" for gate in judgement.gates
+            )
+            if judgement
+            else f"not judged ({capture.skipped})"
+        )
+        lines += [
+            f"{name}:",
+            f"  bundle   {capture.bundle.path}",
+            f"  report   {capture.report}",
+            f"  gates    {verdicts}",
+        ]
+        causes = [f for f in capture.findings if f.kind == "cause"]
+        if causes:
+            lines.append(f"  cause    {causes[0].title}")
+        lines.append("")
+    lines.append(
+        "The fix shows: legacy fails its gates, patched passes both."
+        if result.story_holds
+        else "UNEXPECTED: the gates did not come out as legacy FAIL, patched PASS."
+    )
+    lines.append(f"Before/after report: {result.patched.report}")
     return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The demo: the original incident and its fix, captured on any machine.
+
+roxy-core runs in its legacy profile on a free loopback port and is
+captured; then in its patched profile, captured against the legacy bundle
+as baseline. No config, systemd or Docker is needed: the service logs to a
+file the journal collector reads, and the systemd and Docker collectors are
+left out because the demo's service runs under neither.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from roxy_triage.bundle import Bundle
+from roxy_triage.capture import CaptureOptions, CaptureResult, Progress, run_capture
+from roxy_triage.config import Config, build
+from roxy_triage.errors import TriageError
+
+LISTENING = re.compile(r"Listening on 127\.0\.0\.1:(\d+) ")
+START_TIMEOUT_S = 15.0
+
+
+class DemoError(TriageError):
+    """The demo's own service would not start."""
+
+    exit_code = 1
+
+
+@dataclass
+class DemoResult:
+    legacy: CaptureResult
+    patched: CaptureResult
+
+    @property
+    def story_holds(self) -> bool:
+        """The fix shows: legacy fails its gates, patched passes them."""
+        return bool(
+            self.legacy.judgement
+            and not self.legacy.judgement.holds
+            and self.patched.judgement
+            and self.patched.judgement.holds
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "story_holds": self.story_holds,
+            "legacy": self.legacy.to_dict(),
+            "patched": self.patched.to_dict(),
+        }
+
+
+class DemoService:
+    """roxy-core in one profile, as a child process on a kernel-chosen port."""
+
+    def __init__(self, profile: str, workdir: Path) -> None:
+        self.profile = profile
+        self.log = workdir / f"roxy-core-{profile}.log"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "roxy_core.server",
+                "--profile",
+                profile,
+                "--port",
+                "0",
+                "--log-file",
+                str(self.log),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.port = self._wait_for_port()
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = self.log.read_text() if self.log.exists() else ""
+            found = LISTENING.search(text)
+            if found:
+                return int(found[1])
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise DemoError(
+            f"roxy-core --profile {self.profile} did not start; its log is {self.log}"
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def demo_config(port: int, log_file: Path) -> Config:
+    """The defaults, pointed at the demo's service and its log file."""
+    document = {
+        "target": {
+            "url": f"http://127.0.0.1:{port}",
+            "unit": "roxy-core-demo.service",
+            "log_file": str(log_file),
+        },
+        "collect": {"disabled": ["systemd", "docker"]},
+    }
+    return build(Config, document, "demo", extra={"source": "(demo)"})
+
+
+def run_demo(out_dir: Path, progress: Progress) -> DemoResult:
+    results: dict[str, CaptureResult] = {}
+    with tempfile.TemporaryDirectory(prefix="roxy-demo-") as scratch:
+        for profile in ("legacy", "patched"):
+            progress(f"demo: starting roxy-core in its {profile} profile")
+            service = DemoService(profile, Path(scratch))
+            try:
+                baseline = results.get("legacy")
+                options = CaptureOptions(
+                    out_dir=out_dir,
+                    label=profile,
+                    baseline=Bundle.open(baseline.bundle.path) if baseline else None,
+                )
+                progress(f"demo: capturing {profile} on 127.0.0.1:{service.port}")
+                results[profile] = run_capture(
+                    demo_config(service.port, service.log), options, progress
+                )
+            finally:
+                service.stop()
+    return DemoResult(results["legacy"], results["patched"])
