@@ -47,7 +47,15 @@ from roxy_triage.gates import (
 )
 from roxy_triage.load import MatrixResult, run_matrix
 from roxy_triage.redact import Redactor
-from roxy_triage.report import Rendered, model_of, render, write_report
+from roxy_triage.report import (
+    PICTURE_FILE,
+    REPORT_FILE,
+    Rendered,
+    evidence_files,
+    model_of,
+    render,
+    write_report,
+)
 from roxy_triage.staging import Staging
 from roxy_triage.stress import SuiteResult, resolve, run_suite
 
@@ -56,8 +64,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 RECORDS = "load/records.jsonl"
 FINDINGS = "findings.json"
-REPORT = "report.md"
-PICTURE = "latency.svg"
 # What changes under load and is read again afterwards.
 AFTER = ["sockets", "host", "journal"]
 
@@ -334,20 +340,18 @@ class Capture:
         baseline = None
         if self.options.baseline is not None:
             baseline = model_of(self.options.baseline)
-        files = [
-            f for f in file_table(self.staging) if f["path"] not in (REPORT, PICTURE)
-        ]
-        rendered = render(self.staging, manifest, files, baseline, PICTURE, found)
+        files = evidence_files(file_table(self.staging))
+        rendered = render(self.staging, manifest, files, baseline, PICTURE_FILE, found)
         if rendered.svg:
-            self.staging.write_text(PICTURE, rendered.svg)
-        self.staging.write_text(REPORT, rendered.markdown)
+            self.staging.write_text(PICTURE_FILE, rendered.svg)
+        self.staging.write_text(REPORT_FILE, rendered.markdown)
         self.findings = found
         return rendered
 
     def _report_beside(self, sealed: SealedBundle) -> Path:
         """The same report next to the archive, its picture beside it too."""
         markdown = self.rendered.markdown.replace(
-            f"]({PICTURE})", f"]({self.name}.svg)"
+            f"]({PICTURE_FILE})", f"]({self.name}.svg)"
         )
         beside = Rendered(markdown, self.rendered.svg, self.rendered.model)
         return write_report(sealed.path.parent, self.name, beside)

@@ -21,6 +21,12 @@ from roxy_triage.gates import GATES_FILE, LOAD_SUMMARY, STRESS_RESULTS
 from roxy_triage.picture import latency_svg
 
 TEMPLATE = "report.md.j2"
+REPORT_FILE = "report.md"
+PICTURE_FILE = "latency.svg"
+# The report and its picture are derived from the rest; the report's file
+# table leaves them out, so that rendering a sealed bundle again gives the
+# report it holds.
+DERIVED = (REPORT_FILE, PICTURE_FILE)
 JOURNALS = ("after/journal/summary.json", "before/journal/summary.json")
 
 
@@ -303,10 +309,16 @@ def _level(model: dict[str, Any], concurrency: int, what: str) -> float | None:
     return None
 
 
+def evidence_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [entry for entry in files if entry["path"] not in DERIVED]
+
+
 def model_of(bundle: Bundle) -> dict[str, Any]:
     """The report model of a sealed bundle, e.g. a baseline."""
     manifest = bundle.manifest()
-    return build_model(bundle, manifest, manifest["files"], svg_href=None)
+    return build_model(
+        bundle, manifest, evidence_files(manifest["files"]), svg_href=None
+    )
 
 
 def render_bundle(
@@ -317,7 +329,7 @@ def render_bundle(
     return render(
         bundle,
         manifest,
-        manifest["files"],
+        evidence_files(manifest["files"]),
         model_of(baseline) if baseline is not None else None,
         svg_href,
     )
