@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from roxy_core.launch import launch
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CONCURRENCY = 50
@@ -188,23 +190,11 @@ def nginx(tmp: Path) -> Iterator[str]:
 
 @contextmanager
 def roxy_core(tmp: Path) -> Iterator[str]:
-    log = tmp / "roxy.log"
-    argv = [str(VENV_BIN / "roxy-core"), "--profile", "patched", "--port", "0"]
-    process = subprocess.Popen(
-        [*argv, "--log-file", str(log)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    service = launch(["--profile", "patched"], tmp / "roxy.log")
     try:
-        deadline = time.monotonic() + 15
-        while not (found := re.search(r"Listening on 127\.0\.0\.1:(\d+)", _text(log))):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"roxy-core did not start:\n{_text(log)[-2000:]}")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{found[1]}/run"
+        yield f"{service.url}/run"
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
+        service.stop()
 
 
 def _text(path: Path) -> str:

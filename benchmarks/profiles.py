@@ -15,14 +15,12 @@ more (the original symptom).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from roxy_core.launch import launch
 from roxy_triage.config import LoadPlan
 from roxy_triage.load import run_matrix
 
@@ -30,31 +28,6 @@ VENV_BIN = Path(sys.executable).parent
 CONCURRENCY = 50
 PATCHED_P95_MS = 25.0
 LEGACY_P95_MS = 1000.0
-
-
-def start(profile: str, workdir: Path, run: int) -> tuple[subprocess.Popen[bytes], int]:
-    log = workdir / f"{profile}-{run}.log"
-    process = subprocess.Popen(
-        [
-            str(VENV_BIN / "roxy-core"),
-            "--profile",
-            profile,
-            "--port",
-            "0",
-            "--log-file",
-            str(log),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        found = re.search(r"Listening on 127\.0\.0\.1:(\d+)", text)
-        if found:
-            return process, int(found[1])
-        time.sleep(0.05)
-    process.kill()
-    sys.exit(f"benchmark: roxy-core --profile {profile} did not start")
 
 
 def measure(profile: str, requests: int, runs: int, workdir: Path) -> dict[str, float]:
@@ -70,12 +43,11 @@ def measure(profile: str, requests: int, runs: int, workdir: Path) -> dict[str, 
         timeout_s=30.0,
     )
     for run in range(runs):
-        service, port = start(profile, workdir, run)
+        service = launch(["--profile", profile], workdir / f"{profile}-{run}.log")
         try:
-            level = run_matrix(plan, f"http://127.0.0.1:{port}/health", None).levels[0]
+            level = run_matrix(plan, f"{service.url}/health", None).levels[0]
         finally:
-            service.terminate()
-            service.wait()
+            service.stop()
         errors = sum(level.errors.values())
         rows.append(
             {

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from roxy_core.launch import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -46,34 +47,6 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float, int]:
     process.returncode = os.waitstatus_to_exitcode(status)
     # ru_maxrss is in KiB on Linux.
     return wall, usage.ru_maxrss / 1024, process.returncode
-
-
-def start_service(workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    log = workdir / "roxy-core.log"
-    service = subprocess.Popen(
-        [
-            str(VENV_BIN / "roxy-core"),
-            "--profile",
-            "patched",
-            "--port",
-            "0",
-            "--log-file",
-            str(log),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = (
-            re.search(r"Listening on 127\.0\.0\.1:(\d+)", log.read_text())
-            if log.exists()
-            else None
-        )
-        if found:
-            return service, int(found[1]), log
-        time.sleep(0.05)
-    service.kill()
-    sys.exit("benchmark: roxy-core did not start")
 
 
 def ensure_sos() -> str | None:
@@ -117,7 +90,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="roxy-bench-") as scratch:
         workdir = Path(scratch)
-        service, port, log = start_service(workdir)
+        log = workdir / "roxy-core.log"
+        service = launch(["--profile", "patched"], log)
+        port = service.port
         try:
             config = workdir / "roxy-triage.toml"
             config.write_text(
@@ -157,8 +132,7 @@ def main() -> int:
                     workdir,
                 )
         finally:
-            service.terminate()
-            service.wait()
+            service.stop()
     if ours is None:
         return 1
     print()

@@ -9,22 +9,16 @@ left out because the demo's service runs under neither.
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from roxy_core.launch import LaunchError, launch
 from roxy_triage.bundle import Bundle
 from roxy_triage.capture import CaptureOptions, CaptureResult, Progress, run_capture
 from roxy_triage.config import Config, build
 from roxy_triage.errors import TriageError
-
-LISTENING = re.compile(r"Listening on 127\.0\.0\.1:(\d+) ")
-START_TIMEOUT_S = 15.0
 
 
 class DemoError(TriageError):
@@ -56,55 +50,6 @@ class DemoResult:
         }
 
 
-class DemoService:
-    """roxy-core in one profile, as a child process on a kernel-chosen port."""
-
-    def __init__(self, profile: str, workdir: Path) -> None:
-        self.profile = profile
-        self.log = workdir / f"roxy-core-{profile}.log"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "roxy_core.server",
-                "--profile",
-                profile,
-                "--port",
-                "0",
-                "--log-file",
-                str(self.log),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.port = self._wait_for_port()
-
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            text = self.log.read_text() if self.log.exists() else ""
-            found = LISTENING.search(text)
-            if found:
-                return int(found[1])
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise DemoError(
-            f"roxy-core --profile {self.profile} did not start; its log is {self.log}"
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def demo_config(port: int, log_file: Path) -> Config:
     """The defaults, pointed at the demo's service and its log file."""
     document = {
@@ -123,7 +68,11 @@ def run_demo(out_dir: Path, progress: Progress) -> DemoResult:
     with tempfile.TemporaryDirectory(prefix="roxy-demo-") as scratch:
         for profile in ("legacy", "patched"):
             progress(f"demo: starting roxy-core in its {profile} profile")
-            service = DemoService(profile, Path(scratch))
+            log_file = Path(scratch) / f"roxy-core-{profile}.log"
+            try:
+                service = launch(["--profile", profile], log_file)
+            except LaunchError as err:
+                raise DemoError(str(err)) from None
             try:
                 baseline = results.get("legacy")
                 options = CaptureOptions(
@@ -133,7 +82,7 @@ def run_demo(out_dir: Path, progress: Progress) -> DemoResult:
                 )
                 progress(f"demo: capturing {profile} on 127.0.0.1:{service.port}")
                 results[profile] = run_capture(
-                    demo_config(service.port, service.log), options, progress
+                    demo_config(service.port, log_file), options, progress
                 )
             finally:
                 service.stop()

@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,8 +15,8 @@ from typing import Any
 import pytest
 
 from roxy_core.config import profile_path
+from roxy_core.launch import LaunchError, launch
 
-LISTENING = re.compile(r"Listening on [\d.:a-f\[\]]+:(\d+) \(profile")
 StartService = Callable[..., "RunningService"]
 
 
@@ -79,28 +78,16 @@ def start_service(
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / f"roxy-core-{profile}.log"
     stderr_path = directory / f"roxy-core-{profile}.stderr"
-    argv = [sys.executable, "-m", "roxy_core.server", "--port", "0"]
-    argv += ["--log-file", str(log_path)]
     if overrides:
-        argv += ["--config", str(write_profile(directory, profile, overrides))]
+        args = ["--config", str(write_profile(directory, profile, overrides))]
     else:
-        argv += ["--profile", profile]
+        args = ["--profile", profile]
     with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(argv, stderr=stderr, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        text = log_path.read_text() if log_path.exists() else ""
-        found = LISTENING.search(text)
-        if found:
-            return RunningService(
-                process, int(found[1]), log_path, stderr_path, profile
-            )
-        if process.poll() is not None:
-            break
-        time.sleep(0.02)
-    process.kill()
-    process.wait()
-    pytest.fail(f"roxy-core did not start: {stderr_path.read_text()[-2000:]}")
+        try:
+            started = launch(args, log_path, stderr=stderr)
+        except LaunchError as err:
+            pytest.fail(f"{err}: {stderr_path.read_text()[-2000:]}")
+    return RunningService(started.process, started.port, log_path, stderr_path, profile)
 
 
 @pytest.fixture
