@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,30 @@ def fake_binary(directory: Path, name: str, script: str) -> Path:
     path.write_text("#!/bin/sh\n" + script + "\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
+
+
+@contextmanager
+def two_listeners() -> Iterator[int]:
+    """Two sockets listening on one loopback port with SO_REUSEPORT; yields it."""
+    first, second = socket.socket(), socket.socket()
+    try:
+        for sock in (first, second):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        first.bind(("127.0.0.1", 0))
+        port = first.getsockname()[1]
+        second.bind(("127.0.0.1", port))
+        first.listen(5)
+        second.listen(5)
+        yield port
+    finally:
+        first.close()
+        second.close()
+
+
+def log_file_config(directory: Path, port: int, log_file: Path) -> Config:
+    """A config that reads the service's log file, with no journal to look in."""
+    target = {"journal_directory": str(directory / "none"), "log_file": str(log_file)}
+    return make_config(directory, port, target=target)
 
 
 def listener(backlog: int = 7) -> socket.socket:

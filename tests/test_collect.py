@@ -13,7 +13,15 @@ import pytest
 
 from roxy_triage.collect.journal import analyse, parse_log_file
 from roxy_triage.collect.sockets import parse_listeners
-from tests.collecting import collect, fake_binary, listener, make_config, summary
+from tests.collecting import (
+    collect,
+    fake_binary,
+    listener,
+    log_file_config,
+    make_config,
+    summary,
+    two_listeners,
+)
 from tests.plugins.services import RunningService, StartService
 from tests.test_service import call, vanish_mid_request
 
@@ -71,19 +79,8 @@ def test_sockets_sees_a_full_accept_queue(tmp_path: Path) -> None:
 
 def test_sockets_counts_two_listeners(tmp_path: Path) -> None:
     """Two sockets sharing a port with SO_REUSEPORT are two listeners."""
-    first, second = socket.socket(), socket.socket()
-    for sock in (first, second):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    first.bind(("127.0.0.1", 0))
-    port = first.getsockname()[1]
-    second.bind(("127.0.0.1", port))
-    first.listen(5)
-    second.listen(5)
-    try:
+    with two_listeners() as port:
         _, staging = collect("sockets", make_config(tmp_path, port), tmp_path)
-    finally:
-        first.close()
-        second.close()
     assert summary(staging, "sockets")["listener_count"] == 2
 
 
@@ -244,14 +241,7 @@ def test_journal_reads_the_log_file_when_there_is_no_journal(
     vanish_mid_request(service)
     service.wait_for_log("ERROR roxy_core.error Exception while handling")
     time.sleep(0.1)
-    config = make_config(
-        tmp_path,
-        service.port,
-        target={
-            "journal_directory": str(tmp_path / "none"),
-            "log_file": str(service.log_path),
-        },
-    )
+    config = log_file_config(tmp_path, service.port, service.log_path)
     record, staging = collect("journal", config, tmp_path)
     found = summary(staging, "journal")
     assert record.status == "ok" and found["source"] == "log_file"
@@ -276,14 +266,7 @@ def test_journal_counts_a_handled_disconnect_as_expected(
     service = start_roxy_core("patched")
     vanish_mid_request(service)
     service.wait_for_log("client disconnected after")
-    config = make_config(
-        tmp_path,
-        service.port,
-        target={
-            "journal_directory": str(tmp_path / "none"),
-            "log_file": str(service.log_path),
-        },
-    )
+    config = log_file_config(tmp_path, service.port, service.log_path)
     _, staging = collect("journal", config, tmp_path)
     found = summary(staging, "journal")
     assert found["unexpected_errors"] == 0 and found["tracebacks"] == 0

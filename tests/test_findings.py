@@ -17,7 +17,7 @@ from roxy_triage.cli import cli
 from roxy_triage.findings import Finding, find
 from roxy_triage.redact import Redactor
 from roxy_triage.staging import Staging
-from tests.collecting import write_config
+from tests.collecting import two_listeners, write_config
 from tests.plugins.services import RunningService, StartService, start_service
 
 
@@ -128,26 +128,30 @@ def test_rate_limiting_off_is_a_risk(
     assert found["rate-limiting-off"].kind == "risk"
 
 
+def keep_alive_findings(directory: Path, service: RunningService) -> dict[str, Finding]:
+    """Findings of a short keep-alive capture, with the slow stress checks left out."""
+    slow_checks = [
+        "rate_limit_burst",
+        "vanishing_client",
+        "slow_command_vs_health",
+        "slow_client_vs_others",
+    ]
+    bundle = capture(
+        directory,
+        service.url,
+        service.log_path,
+        load={"levels": [1, 5], "requests": 60, "keep_alive": True},
+        stress={"disabled": slow_checks},
+    )
+    return by_id(find(bundle))
+
+
 def test_small_write_stall_fires_on_two_writes_with_nagle(
     tmp_path: Path, start_roxy_core: StartService
 ) -> None:
     """Keep-alive against headers and body written apart: latency floored near 40 ms."""
     service = start_roxy_core("patched", single_write_responses=False)
-    bundle = capture(
-        tmp_path,
-        service.url,
-        service.log_path,
-        load={"levels": [1, 5], "requests": 60, "keep_alive": True},
-        stress={
-            "disabled": [
-                "rate_limit_burst",
-                "vanishing_client",
-                "slow_command_vs_health",
-                "slow_client_vs_others",
-            ]
-        },
-    )
-    finding = by_id(find(bundle))["small-write-stall"]
+    finding = keep_alive_findings(tmp_path, service)["small-write-stall"]
     assert finding.numbers["server_p50_ms"] is not None
     assert "TCP_NODELAY" in finding.action
 
@@ -157,21 +161,7 @@ def test_small_write_stall_is_silent_with_one_write(
 ) -> None:
     """The same keep-alive load against single writes finds no stall."""
     service = start_roxy_core("patched")
-    bundle = capture(
-        tmp_path,
-        service.url,
-        service.log_path,
-        load={"levels": [1, 5], "requests": 60, "keep_alive": True},
-        stress={
-            "disabled": [
-                "rate_limit_burst",
-                "vanishing_client",
-                "slow_command_vs_health",
-                "slow_client_vs_others",
-            ]
-        },
-    )
-    assert "small-write-stall" not in by_id(find(bundle))
+    assert "small-write-stall" not in keep_alive_findings(tmp_path, service)
 
 
 def test_no_listener_fires(tmp_path: Path) -> None:
@@ -186,20 +176,9 @@ def test_no_listener_fires(tmp_path: Path) -> None:
 
 
 def test_two_listeners_fire(tmp_path: Path) -> None:
-    """Two processes' sockets on one port with SO_REUSEPORT are a cause."""
-    first, second = socket.socket(), socket.socket()
-    for sock in (first, second):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    first.bind(("127.0.0.1", 0))
-    port = first.getsockname()[1]
-    second.bind(("127.0.0.1", port))
-    first.listen(5)
-    second.listen(5)
-    try:
+    """Two sockets on one port with SO_REUSEPORT are a cause."""
+    with two_listeners() as port:
         bundle = capture(tmp_path, f"http://127.0.0.1:{port}", None, "--no-load")
-    finally:
-        first.close()
-        second.close()
     assert by_id(find(bundle))["several-listeners"].title == (
         f"2 sockets listen on port {port}"
     )

@@ -137,6 +137,29 @@ def command_environment() -> dict[str, str]:
     return env
 
 
+def run_small(
+    argv: list[str], timeout_s: float = 10.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a command whose output is small, outside any capture, into memory.
+
+    For the stress suite's quick looks (listeners now, the log since a
+    moment ago); evidence for the bundle goes through ``run_command``.
+    """
+    try:
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env=command_environment(),
+        )
+    except FileNotFoundError:
+        raise Unavailable(f"{argv[0]} is not installed (not found on PATH)") from None
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{argv[0]} did not answer within {timeout_s:g} s") from None
+
+
 def run_command(
     argv: list[str],
     target: Path,

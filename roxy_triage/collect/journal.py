@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from roxy_triage.collect import CollectContext, Evidence, collector
-from roxy_triage.collect.command import Unavailable, command_environment
+from roxy_triage.collect.command import Unavailable, run_small
 from roxy_triage.config import Target
 
 # A unit's own lines carry _SYSTEMD_UNIT (system manager) or
@@ -382,19 +381,7 @@ def _from_journalctl(
         raw = evidence.context.staging.read_text(result.output)
         code, stderr = result.exit_code, result.stderr
     else:
-        try:
-            done = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-                env=command_environment(),
-            )
-        except FileNotFoundError:
-            raise Unavailable(
-                "journalctl is not installed (not found on PATH)"
-            ) from None
+        done = run_small(argv)
         raw, code, stderr = done.stdout, done.returncode, done.stderr
     if "No journal files were found" in stderr:
         raise NoJournal("journalctl found no journal files")

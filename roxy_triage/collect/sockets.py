@@ -9,14 +9,13 @@ not the backlog.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections import Counter
 from typing import Any
 
 import psutil
 
 from roxy_triage.collect import CollectContext, Evidence, collector
-from roxy_triage.collect.command import Unavailable, command_environment
+from roxy_triage.collect.command import Unavailable, run_small
 
 _USERS = re.compile(r'\("(?P<name>[^"]*)",pid=(?P<pid>\d+),fd=(?P<fd>\d+)\)')
 
@@ -76,15 +75,8 @@ def psutil_listeners(port: int) -> list[dict[str, Any]]:
 def count_listeners(port: int) -> tuple[list[dict[str, Any]], str]:
     """Listeners on ``port`` now, from ss or else psutil, and which one said so."""
     try:
-        done = subprocess.run(
-            ["ss", "-Hltnp", "sport", "=", f":{port}"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-            env=command_environment(),
-        )
-    except FileNotFoundError:
+        done = run_small(["ss", "-Hltnp", "sport", "=", f":{port}"])
+    except Unavailable:
         return psutil_listeners(port), "psutil"
     return parse_listeners(done.stdout), "ss"
 
