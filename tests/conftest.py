@@ -1,1 +1,1 @@
-pytest_plugins = ("tests.plugins.services",)
+pytest_plugins = ("tests.plugins.services", "tests.plugins.real_components")
