@@ -93,17 +93,17 @@ def reseal_checksum(archive: Path) -> None:
 
 
 def test_capture_writes_a_private_archive_and_checksum(sealed: Path) -> None:
-    """Archive and .sha256 are mode 0600, named by UTC time, with nothing else left."""
+    """Archive and .sha256 are mode 0600, named by UTC time; only the report beside."""
     checksum = Path(f"{sealed}.sha256")
     assert re.fullmatch(r"evidence_bundle_\d{8}_\d{6}\.tar\.gz", sealed.name)
     assert stat.S_IMODE(sealed.stat().st_mode) == 0o600
     assert stat.S_IMODE(checksum.stat().st_mode) == 0o600
     digest = hashlib.sha256(sealed.read_bytes()).hexdigest()
     assert checksum.read_text() == f"{digest}  {sealed.name}\n"
-    assert sorted(p.name for p in sealed.parent.iterdir()) == [
-        sealed.name,
-        checksum.name,
-    ]
+    report = sealed.name.replace(".tar.gz", ".md")
+    assert sorted(p.name for p in sealed.parent.iterdir()) == sorted(
+        [sealed.name, checksum.name, report]
+    )
 
 
 def test_manifest_records_the_capture(sealed: Path, patched: RunningService) -> None:
@@ -415,10 +415,9 @@ def test_ctrl_c_seals_what_was_collected(
         "failed",
         "interrupted before it finished",
     )
-    assert sorted(p.name for p in out.iterdir()) == [
-        archive.name,
-        f"{archive.name}.sha256",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [archive.name, f"{archive.name}.sha256", archive.name.replace(".tar.gz", ".md")]
+    )
     result = subprocess.run(
         [sys.executable, "-m", "roxy_triage", "verify", str(archive)],
         capture_output=True,
