@@ -70,8 +70,9 @@ def test_legacy_profile_fails_the_original_faults(
     }
     # 50 pings through 45 ms subprocesses outrun a bucket of 20 refilled at
     # 10/s on an idle machine; on a busy one the subprocesses slow down
-    # enough for the refill to keep up, so rapid_fire may pass.
-    assert always <= set(failed) <= always | {"rapid_fire"}
+    # enough for the refill to keep up, so rapid_fire may pass. keep_alive
+    # meets whatever the bucket holds after the bursts before it.
+    assert always <= set(failed) <= always | {"rapid_fire", "keep_alive"}
     assert "closed without a response" in failed["malformed_json"]
     assert "501" in failed["wrong_method"]
     assert "0 carried Retry-After" in failed["rate_limit_burst"]
