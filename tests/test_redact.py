@@ -146,7 +146,8 @@ def test_no_secret_reaches_the_bundle(tmp_path: Path, secretive_listener: int) -
     log_file = tmp_path / "service.log"
     log_file.write_text(
         "2030-01-01T00:00:00.000 INFO app Authorization: Bearer logbearer-abcdef123\n"
-        "2030-01-01T00:00:01.000 ERROR app cannot reach postgres://app:logdbpass-999@db/x\n"
+        "2030-01-01T00:00:01.000 ERROR app cannot reach "
+        "postgres://app:logdbpass-999@db/x\n"
         "2030-01-01T00:00:02.000 INFO app GET /cb?access_token=logtoken-777&x=1\n"
         "2030-01-01T00:00:03.000 ERROR app loaded key\n"
         "-----BEGIN RSA PRIVATE KEY-----\nMIIlogkeymaterial\n"

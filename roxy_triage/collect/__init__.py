@@ -168,7 +168,8 @@ def run_one(name: str, context: CollectContext) -> CollectorRecord:
         record.status, record.reason = "unavailable", str(err)
     except Cancelled:
         record.status, record.reason = "failed", "interrupted before it finished"
-    except Exception as err:  # noqa: BLE001 - one broken collector must not end the capture
+    # One broken collector must not end the capture.
+    except Exception as err:  # noqa: BLE001
         record.status, record.reason = "failed", f"{type(err).__name__}: {err}"
         log.warning("collector %s failed:\n%s", name, traceback.format_exc())
     record.duration_s = time.monotonic() - began

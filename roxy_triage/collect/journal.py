@@ -41,7 +41,8 @@ _CONTINUATION = re.compile(
     r"\b(:|$))"
 )
 _EXCEPTION_LINE = re.compile(
-    r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Warning|Exit|Interrupt))\b(?::\s*(?P<msg>.*))?$"
+    r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Warning|Exit|Interrupt))\b"
+    r"(?::\s*(?P<msg>.*))?$"
 )
 _DISCONNECT = re.compile(
     r"client disconnected|broken pipe|connection reset", re.IGNORECASE

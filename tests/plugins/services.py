@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,29 +13,24 @@ from typing import Any
 import pytest
 
 from roxy_core.config import profile_path
-from roxy_core.launch import LaunchError, launch
+from roxy_core.launch import Launched, LaunchError, launch
 
 StartService = Callable[..., "RunningService"]
 
 
 @dataclass
-class RunningService:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
+class RunningService(Launched):
+    """A launched roxy-core with what tests read of it: its log, its stderr."""
+
     stderr_path: Path
     profile: str
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    def log_path(self) -> Path:
+        return self.log_file
 
     def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+        return self.log_file.read_text(encoding="utf-8", errors="replace")
 
     def wait_for_log(self, pattern: str, timeout_s: float = 5.0) -> re.Match[str]:
         """Wait until a log line matches ``pattern``; the log is written in batches."""
@@ -50,16 +43,6 @@ class RunningService:
             time.sleep(0.02)
         assert found, f"no log line matching {pattern!r} in:\n{self.log_text()[-3000:]}"
         return found
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 def write_profile(directory: Path, profile: str, overrides: dict[str, Any]) -> Path:
