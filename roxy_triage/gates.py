@@ -10,10 +10,11 @@ is shown wherever the verdict is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from roxy_triage.config import Config
 from roxy_triage.errors import ConfigError
+from roxy_triage.staging import Evidence
 
 GATES_FILE = "gates.json"
 LOAD_SUMMARY = "load/summary.json"
@@ -21,14 +22,6 @@ LOAD_JOURNAL = "load/journal.json"
 STRESS_RESULTS = "stress/results.json"
 JOURNAL_AFTER = "after/journal/summary.json"
 SOCKETS_AFTER = "after/sockets/summary.json"
-
-
-class Evidence(Protocol):
-    """Where gates read from: a staging directory or a sealed bundle."""
-
-    def has(self, relative: str) -> bool: ...
-
-    def read_json(self, relative: str) -> Any: ...
 
 
 @dataclass

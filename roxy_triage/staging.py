@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from roxy_triage.errors import BundleError
 from roxy_triage.redact import Redactor, StreamRedactor
@@ -25,6 +25,16 @@ def member_path(relative: str) -> PurePosixPath:
     if path.is_absolute() or not path.parts or ".." in path.parts or "" in path.parts:
         raise BundleError(f"{relative!r} is not a safe path inside a bundle")
     return path
+
+
+class Evidence(Protocol):
+    """What later stages read evidence through: a Staging or a sealed Bundle."""
+
+    def has(self, relative: str) -> bool: ...
+
+    def read_json(self, relative: str) -> Any: ...
+
+    def read_text(self, relative: str) -> str: ...
 
 
 class Staging:
@@ -70,19 +80,6 @@ class Staging:
             finally:
                 writer.close()
                 self.count_redactions(relative, writer.redactions)
-
-    def append_jsonl(self, relative: str, documents: list[dict[str, Any]]) -> None:
-        """Append JSON lines (records from the load engine and stress checks)."""
-        lines = "".join(
-            json.dumps(document, sort_keys=True) + "\n" for document in documents
-        )
-        clean, found = self.redactor.redact(lines)
-        with (
-            self._disk(relative),
-            self._prepare(relative).open("a", encoding="utf-8") as out,
-        ):
-            out.write(clean)
-        self.count_redactions(relative, found)
 
     def read_text(self, relative: str) -> str:
         return self.path(relative).read_text(encoding="utf-8")

@@ -32,8 +32,6 @@ from roxy_triage.staging import Staging
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("ok", "unavailable", "failed", "timed_out")
-
 
 @dataclass
 class CollectorRecord:

@@ -11,22 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from roxy_triage.staging import Evidence
 
 SEVERITIES = ("critical", "high", "medium", "low")
 # cause: explains a symptom; risk: will hurt later; caveat: limits what the
 # measurement shows.
 KINDS = ("cause", "risk", "caveat")
-
-
-class Evidence(Protocol):
-    """A staging directory or a sealed bundle."""
-
-    def has(self, relative: str) -> bool: ...
-
-    def read_json(self, relative: str) -> Any: ...
-
-    def read_text(self, relative: str) -> str: ...
 
 
 @dataclass
